@@ -1,0 +1,21 @@
+# The two set-up commands: `make run` runs the pipeline, `make test` runs the tests.
+# Both create the virtual environment in .venv first when it is missing or out of date.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+
+.PHONY: run test lint
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+run: $(VENV)/.installed
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" dvc repro
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PYTHON) -m pytest
