@@ -16,6 +16,7 @@ from ferplus.splitting import (
     split_report,
     write_splits,
 )
+from ferplus.stage import run_stage
 
 PREPARED_DIR = "data/prepared"
 SPLIT_DIR = "data/split"
@@ -30,7 +31,6 @@ logger = logging.getLogger("split")
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_section("split", SETTINGS)
     seed = load_seed()
 
@@ -62,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("split", main)
