@@ -37,10 +37,11 @@ class Setting:
         """Return what this setting allows, as a phrase for error messages."""
         if self.choices is not None:
             return "one of " + ", ".join(repr(choice) for choice in self.choices)
-        names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
         if self.kind is list:
-            text = f"a list of {names[self.item_kind or float]}s"
+            plurals = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+            text = f"a list of {plurals[self.item_kind or float]}"
         else:
+            names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
             text = names[self.kind]
         if self.minimum is not None:
             text += f" {'>' if self.exclusive_minimum else '>='} {self.minimum}"
@@ -73,15 +74,17 @@ def _matches_kind(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def _check_number(key: str, value: float, setting: Setting, where: str) -> None:
+def _check_number(
+    key: str, value: float, setting: Setting, where: str, verb: str = "is"
+) -> None:
     if isinstance(value, float) and not math.isfinite(value):
-        raise ParamsError(f"{where}: {key} is {value!r}, expected {setting.describe()}")
+        raise ParamsError(f"{where}: {key} {verb} {value!r}, expected {setting.describe()}")
     too_small = setting.minimum is not None and (
         value <= setting.minimum if setting.exclusive_minimum else value < setting.minimum
     )
     too_large = setting.maximum is not None and value > setting.maximum
     if too_small or too_large:
-        raise ParamsError(f"{where}: {key} is {value!r}, expected {setting.describe()}")
+        raise ParamsError(f"{where}: {key} {verb} {value!r}, expected {setting.describe()}")
 
 
 def validate_section(
@@ -121,7 +124,7 @@ def validate_section(
                         f"{where}: {full_key} contains {item!r}, expected {setting.describe()}"
                     )
                 if item_kind in (int, float):
-                    _check_number(full_key, item, setting, where)
+                    _check_number(full_key, item, setting, where, verb="contains")
         elif setting.choices is not None:
             if value not in setting.choices:
                 raise ParamsError(

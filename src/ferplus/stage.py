@@ -1,18 +1,20 @@
 """What every stage script shares: logging set-up and turning expected errors into exit status 1."""
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
-from ferplus.params import ParamsError
-from ferplus.readers import RawDataError
-
-# Errors caused by the user's input or settings: logged as one line, without a traceback.
-INPUT_ERRORS = (ParamsError, RawDataError, FileNotFoundError)
+# Errors caused by the user's input or settings (ParamsError and RawDataError are ValueErrors):
+# logged as one line, without a traceback.
+INPUT_ERRORS = (ValueError, FileNotFoundError)
 
 
 def run_stage(name: str, main: Callable[[], None]) -> None:
-    """Run a stage's main() with INFO logging; exit with status 1 on an input error."""
+    """Run a stage's main() with INFO logging; exit with status 1 on an input error.
+
+    Set FERPLUS_TRACEBACK=1 to see the full traceback of such an error.
+    """
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -21,5 +23,7 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     try:
         main()
     except INPUT_ERRORS as error:
+        if os.environ.get("FERPLUS_TRACEBACK"):
+            raise
         logging.getLogger(name).error("%s stage failed: %s", name, error)
         sys.exit(1)
