@@ -166,8 +166,8 @@ def _pixel_problem(field: bytes) -> str | None:
         return f"pixels has {len(values)} values, expected {PIXELS_PER_IMAGE}"
     for position, value in enumerate(values, start=1):
         if not value.isdigit() or len(value) > 3 or int(value) > 255:
-            shown = value.decode("utf-8", errors="replace")
-            return f"pixel {position} is {shown!r}, expected an integer from 0 to 255"
+            text = value.decode("utf-8", errors="replace")
+            return f"pixel {position} is {text!r}, expected an integer from 0 to 255"
     return None
 
 

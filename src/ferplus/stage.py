@@ -1,4 +1,4 @@
-"""What every stage script shares: logging set-up and turning expected errors into exit status 1."""
+"""Stage-script helpers: logging set-up, and exit status 1 with one line for an input error."""
 
 import logging
 import os
