@@ -661,21 +661,27 @@ class Interrupted(Exception):
     """Raised by a test to stop training as an interruption would."""
 
 
+def train_until_interrupted(monkeypatch, config, train, validation, outputs, last_epoch):
+    """Train, stopping with Interrupted right after the checkpoint of `last_epoch` is written."""
+    save_checkpoint = ResumeCheckpoint.on_epoch_end
+
+    def interrupt_after_last_epoch(self, epoch, logs=None):
+        save_checkpoint(self, epoch, logs)
+        if epoch == last_epoch:
+            raise Interrupted
+
+    monkeypatch.setattr(ResumeCheckpoint, "on_epoch_end", interrupt_after_last_epoch)
+    with pytest.raises(Interrupted):
+        train_model(config, 1, train, validation, one_device(), outputs)
+    monkeypatch.setattr(ResumeCheckpoint, "on_epoch_end", save_checkpoint)
+
+
 def test_train_resumes_after_interruption(tmp_path, monkeypatch, caplog):
     outputs = output_paths(tmp_path)
     config = config_with(epochs=3, schedule="step", drop_epochs=[2])
     train, validation = make_dataset(64), make_dataset(32, 1)
-    save_checkpoint = ResumeCheckpoint.on_epoch_end
 
-    def interrupt_after_second_epoch(self, epoch, logs=None):
-        save_checkpoint(self, epoch, logs)
-        if epoch == 1:
-            raise Interrupted
-
-    monkeypatch.setattr(ResumeCheckpoint, "on_epoch_end", interrupt_after_second_epoch)
-    with pytest.raises(Interrupted):
-        train_model(config, 1, train, validation, one_device(), outputs)
-    monkeypatch.setattr(ResumeCheckpoint, "on_epoch_end", save_checkpoint)
+    train_until_interrupted(monkeypatch, config, train, validation, outputs, last_epoch=1)
     state = json.loads((outputs.resume / "epoch-2" / "state.json").read_text())
 
     with caplog.at_level(logging.INFO):
@@ -692,6 +698,28 @@ def test_train_resumes_after_interruption(tmp_path, monkeypatch, caplog):
     assert rates["learning_rate"].tolist() == pytest.approx([0.003, 0.003, 0.0015])
     assert not outputs.resume.exists()
     assert outputs.model.is_file()
+
+
+def test_train_resume_after_last_epoch(tmp_path, monkeypatch, caplog):
+    outputs = output_paths(tmp_path)
+    config = config_with(epochs=2)
+    train, validation = make_dataset(64), make_dataset(32, 1)
+
+    train_until_interrupted(monkeypatch, config, train, validation, outputs, last_epoch=1)
+    state = json.loads((outputs.resume / "epoch-2" / "state.json").read_text())
+    with np.load(outputs.resume / state["best_weights_file"]) as stored:
+        best_weights = [stored[f"arr_{position}"] for position in range(len(stored.files))]
+    with caplog.at_level(logging.INFO):
+        result = train_model(config, 1, train, validation, one_device(), outputs)
+    saved = load_trained_model(outputs.model).get_weights()
+
+    assert result.first_epoch == 2
+    assert result.best_epoch == state["best_epoch"]
+    assert "epoch 2/2" not in caplog.text
+    assert len(saved) == len(best_weights)
+    for saved_weight, best_weight in zip(saved, best_weights, strict=True):
+        assert np.array_equal(saved_weight, best_weight)
+    assert not outputs.resume.exists()
 
 
 def test_train_mixed_precision_exports_float32(tmp_path):
@@ -712,7 +740,15 @@ def test_train_mixed_precision_exports_float32(tmp_path):
 def write_project(root: Path, epochs: int) -> None:
     """Write params.yaml (base and train sections) and data/split/train and val, but no test."""
     params = read_params_file(REPOSITORY / "params.yaml")
-    train = params["train"] | {"epochs": epochs, "batch_size": 16, "warmup_epochs": 0}
+    # Op determinism and mixed precision would stay switched on for later tests in this process.
+    train = params["train"] | {
+        "epochs": epochs,
+        "batch_size": 16,
+        "warmup_epochs": 0,
+        "distribution": "auto",
+        "mixed_precision": "off",
+        "deterministic": False,
+    }
     with open(root / "params.yaml", "w") as stream:
         YAML(typ="safe", pure=True).dump({"base": params["base"], "train": train}, stream)
     save_dataset(root / "data" / "split" / "train", make_dataset(48))

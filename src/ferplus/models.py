@@ -125,7 +125,12 @@ def build_compact_cnn() -> keras.Model:
     It has a single 32-filter convolution at full resolution, where convolutions cost the most,
     then three stages of two 3x3 convolutions with 48, 96 and 192 filters at 24, 12 and 6 pixels.
     Every convolution is followed by batch normalization and ReLU, and max pooling separates the
-    stages. A global average and dropout 0.3 come before the softmax. 661,288 parameters.
+    stages. A global average and dropout 0.3 come before the softmax. 661,288 parameters and
+    56 million multiply-accumulates per image, against 493 million for vgg13 and 727 million
+    for vgg16_combined.
+
+    NOTE: its FER+ test accuracy has not been measured yet. It is designed to approach the
+    FER+ paper's VGG13 (about 85%) while training within an hour on a 2-core CPU.
     """
     inputs = keras.Input(INPUT_SHAPE, name="pixels")
     features = layers.Rescaling(1 / 255, name="rescaling")(inputs)

@@ -74,6 +74,10 @@ class ResumeStore:
 
     They differ only on a non-chief worker of a multi-worker run, which reads the chief's
     checkpoint but writes its own to a temporary folder.
+
+    NOTE: a multi-worker run resumes correctly only when every worker can read the chief's
+    folder (one machine or a shared file system). A worker that finds no checkpoint starts at
+    epoch 0 while the chief resumes, so their step counts differ and the run hangs or fails.
     """
 
     def __init__(self, directory: str | os.PathLike, source: str | os.PathLike | None = None):

@@ -319,6 +319,47 @@ def _float32_copy(name: str, weights: list) -> keras.Model:
     return model
 
 
+def _run_epochs(
+    model: keras.Model,
+    loss_function,
+    devices: DeviceSetup,
+    train_batches,
+    validation_batches,
+    config: TrainConfig,
+    first_epoch: int,
+    steps_per_epoch: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> None:
+    """Run epochs first_epoch to config.epochs - 1 with Model.fit, or on several workers with the
+    Strategy.run loop of ferplus.custom_loop."""
+    verbose = devices.is_chief and sys.stdout.isatty()
+    if devices.multi_worker:
+        fit_with_strategy(
+            model,
+            loss_function,
+            devices.strategy,
+            train_batches,
+            validation_batches,
+            epochs=config.epochs,
+            first_epoch=first_epoch,
+            steps_per_epoch=steps_per_epoch,
+            global_batch_size=config.batch_size,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+    else:
+        model.fit(
+            train_batches,
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation_batches,
+            callbacks=callbacks,
+            verbose=1 if verbose else 0,
+            shuffle=False,
+        )
+
+
 def train_model(
     config: TrainConfig,
     seed: int,
@@ -351,7 +392,16 @@ def train_model(
         return _train(config, seed, train, validation, devices, steps_per_epoch, outputs, writes)
 
 
-def _train(config, seed, train, validation, devices, steps_per_epoch, outputs, writes):
+def _train(
+    config: TrainConfig,
+    seed: int,
+    train: Dataset,
+    validation: Dataset,
+    devices: DeviceSetup,
+    steps_per_epoch: int,
+    outputs: OutputPaths,
+    writes: OutputPaths,
+) -> TrainingResult:
     fingerprint = training_fingerprint(config.as_params(), seed, train, validation)
     store = ResumeStore(writes.resume, source=outputs.resume)
     state = store.load_state(fingerprint)
@@ -400,31 +450,17 @@ def _train(config, seed, train, validation, devices, steps_per_epoch, outputs, w
         LiveLog(live, schedule),
         ResumeCheckpoint(store, fingerprint, best),
     ]
-    verbose = devices.is_chief and sys.stdout.isatty()
-    if devices.multi_worker:
-        fit_with_strategy(
+    if first_epoch < config.epochs:
+        _run_epochs(
             model,
             loss_function,
-            devices.strategy,
+            devices,
             train_batches,
             validation_batches,
-            epochs=config.epochs,
-            first_epoch=first_epoch,
-            steps_per_epoch=steps_per_epoch,
-            global_batch_size=config.batch_size,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
-    else:
-        model.fit(
-            train_batches,
-            epochs=config.epochs,
-            initial_epoch=first_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_data=validation_batches,
-            callbacks=callbacks,
-            verbose=1 if verbose else 0,
-            shuffle=False,
+            config,
+            first_epoch,
+            steps_per_epoch,
+            callbacks,
         )
 
     live.summary["best"] = {"step": best.epoch, "val_accuracy": best.value}
