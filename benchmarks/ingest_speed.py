@@ -87,7 +87,9 @@ def main() -> None:
                         help="folder with the FER+ folders and fer2013new.csv")
     parser.add_argument("--work", type=Path, default=Path("/tmp/ferplus-bench"),
                         help="folder for the generated Kaggle-format fer2013.csv (about 290 MB)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the fastest counts")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs per figure; the fastest counts"
+    )
     arguments = parser.parse_args()
 
     raw_dir = write_kaggle_copy(arguments.data, arguments.work)
