@@ -6,6 +6,11 @@ checkpoint. The best epoch is the one with the highest validation accuracy again
 emotion (the first of equal ones). The saved model is a float32 copy of the best epoch's weights
 without optimizer state.
 
+A resumed run restores the weights, the optimizer state and the schedule position, and its input
+pipeline yields the same batches as an uninterrupted run. NOTE: Keras saves no state of the
+Dropout layers' random generators, so the dropout masks after a resume differ, and the resumed
+run is not bit-identical to an uninterrupted one.
+
 batch_size is the global batch size: with several replicas each computes batch_size / replicas
 images per step, and the learning rate applies to the global batch unchanged (no scaling with the
 number of replicas or workers).
