@@ -10,6 +10,8 @@ import csv
 import io
 import os
 import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,11 +244,32 @@ def _field_bounds(line: bytes, width: int) -> list[int] | None:
     return bounds
 
 
+def _parse_pixel_fields(
+    path: Path, pixel_fields: list[memoryview], line_numbers: list[int]
+) -> np.ndarray:
+    """Parse one block's pixel fields into (rows, 2304) uint8, naming the first bad line."""
+    field_lengths = np.array([len(field) for field in pixel_fields], dtype=np.int64)
+    joined = _BLOCK_PREFIX + b" ".join(pixel_fields) + b" "
+    pixels = _parse_pixel_block(joined, field_lengths)
+    if pixels is None:
+        for line_number, field in zip(line_numbers, pixel_fields, strict=True):
+            problem = _pixel_problem(bytes(field))
+            if problem:
+                raise RawDataError(f"{path}, line {line_number}: {problem}")
+        raise RawDataError(  # unreachable unless the two parsers disagree
+            f"{path}, lines {line_numbers[0]}-{line_numbers[-1]}: invalid pixels"
+        )
+    return pixels
+
+
 def read_kaggle_csv(path: str | os.PathLike) -> KaggleRows:
     """Read Kaggle's fer2013.csv: one 48x48 image per row, pixels as 2304 space-separated values.
 
     Column names may carry spaces around them and fields may be quoted. Rows keep their file
     order. A malformed row raises RawDataError naming the line and the problem.
+
+    The main thread splits each block of lines into fields while a worker thread parses the
+    previous block's pixels with NumPy, which releases the GIL, so the two overlap.
     """
     path = Path(path)
     if not path.is_file():
@@ -255,67 +278,70 @@ def read_kaggle_csv(path: str | os.PathLike) -> KaggleRows:
     usages: list[str] = []
     line_numbers: list[int] = []
     blocks: list[np.ndarray] = []
+    pending: deque[Future] = deque()
     positions = None
-    for first_line, lines in _iter_line_blocks(path):
-        if positions is None:
-            reader = csv.reader([lines[0].decode("utf-8-sig").strip()])
-            positions = _read_header(path, reader, KAGGLE_COLUMNS)
-            width = max(positions.values()) + 1
-            emotion_column, pixels_column = positions["emotion"], positions["pixels"]
-            usage_column = positions["Usage"]
-            lines = lines[1:]
-            first_line += 1
-        pixel_fields = []
-        block_line_numbers = []
-        for offset, line in enumerate(lines):
-            line = line.rstrip(b"\r")
-            if not line:
-                continue
-            line_number = first_line + offset
-            bounds = _field_bounds(line, width)
-            if bounds is None:
-                raise RawDataError(
-                    f"{path}, line {line_number}: expected {width} columns, "
-                    f"got {line.count(b',') + 1}"
-                )
-            emotion = line[bounds[emotion_column] + 1 : bounds[emotion_column + 1]].strip(b' "')
-            if not emotion.isdigit():
-                raise RawDataError(
-                    f"{path}, line {line_number}: emotion is "
-                    f"{emotion.decode('utf-8', errors='replace')!r}, expected an integer"
-                )
-            usage_field = line[bounds[usage_column] + 1 : bounds[usage_column + 1]]
-            usage = usage_codes.get(usage_field.strip(b' "'))
-            if usage is None:
-                raise RawDataError(
-                    f"{path}, line {line_number}: unknown Usage "
-                    f"{usage_field.decode('utf-8', errors='replace')!r}, "
-                    f"expected one of {', '.join(USAGES)}"
-                )
-            start, end = bounds[pixels_column] + 1, bounds[pixels_column + 1]
-            while start < end and line[start] in b' "':
-                start += 1
-            while end > start and line[end - 1] in b' "':
-                end -= 1
-            # A memoryview slice costs no copy of the 8 KB field.
-            pixel_fields.append(memoryview(line)[start:end])
-            usages.append(usage)
-            block_line_numbers.append(line_number)
-        if not pixel_fields:
-            continue
-        field_lengths = np.array([len(field) for field in pixel_fields], dtype=np.int64)
-        joined = _BLOCK_PREFIX + b" ".join(pixel_fields) + b" "
-        pixels = _parse_pixel_block(joined, field_lengths)
-        if pixels is None:
-            for line_number, field in zip(block_line_numbers, pixel_fields, strict=True):
-                problem = _pixel_problem(bytes(field))
-                if problem:
-                    raise RawDataError(f"{path}, line {line_number}: {problem}")
-            raise RawDataError(  # unreachable unless the two parsers disagree
-                f"{path}, lines {block_line_numbers[0]}-{block_line_numbers[-1]}: invalid pixels"
-            )
-        blocks.append(pixels)
-        line_numbers.extend(block_line_numbers)
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        try:
+            for first_line, lines in _iter_line_blocks(path):
+                if positions is None:
+                    reader = csv.reader([lines[0].decode("utf-8-sig").strip()])
+                    positions = _read_header(path, reader, KAGGLE_COLUMNS)
+                    width = max(positions.values()) + 1
+                    emotion_column, pixels_column = positions["emotion"], positions["pixels"]
+                    usage_column = positions["Usage"]
+                    lines = lines[1:]
+                    first_line += 1
+                pixel_fields = []
+                block_line_numbers = []
+                for offset, line in enumerate(lines):
+                    line = line.rstrip(b"\r")
+                    if not line:
+                        continue
+                    line_number = first_line + offset
+                    bounds = _field_bounds(line, width)
+                    if bounds is None:
+                        raise RawDataError(
+                            f"{path}, line {line_number}: expected {width} columns, "
+                            f"got {line.count(b',') + 1}"
+                        )
+                    emotion_field = line[bounds[emotion_column] + 1 : bounds[emotion_column + 1]]
+                    emotion = emotion_field.strip(b' "')
+                    if not emotion.isdigit():
+                        raise RawDataError(
+                            f"{path}, line {line_number}: emotion is "
+                            f"{emotion.decode('utf-8', errors='replace')!r}, expected an integer"
+                        )
+                    usage_field = line[bounds[usage_column] + 1 : bounds[usage_column + 1]]
+                    usage = usage_codes.get(usage_field.strip(b' "'))
+                    if usage is None:
+                        raise RawDataError(
+                            f"{path}, line {line_number}: unknown Usage "
+                            f"{usage_field.decode('utf-8', errors='replace')!r}, "
+                            f"expected one of {', '.join(USAGES)}"
+                        )
+                    start, end = bounds[pixels_column] + 1, bounds[pixels_column + 1]
+                    while start < end and line[start] in b' "':
+                        start += 1
+                    while end > start and line[end - 1] in b' "':
+                        end -= 1
+                    # A memoryview slice costs no copy of the 8 KB field.
+                    pixel_fields.append(memoryview(line)[start:end])
+                    usages.append(usage)
+                    block_line_numbers.append(line_number)
+                line_numbers.extend(block_line_numbers)
+                if pixel_fields:
+                    pending.append(
+                        executor.submit(_parse_pixel_fields, path, pixel_fields, block_line_numbers)
+                    )
+                # At most two blocks wait, so memory stays bounded.
+                while len(pending) > 2:
+                    blocks.append(pending.popleft().result())
+        except RawDataError:
+            # A bad row in an earlier block, found by the worker, comes first in file order.
+            for future in pending:
+                future.result()
+            raise
+        blocks.extend(future.result() for future in pending)
     if positions is None:
         raise RawDataError(f"{path}: file is empty, expected a header row")
     if not blocks:
