@@ -39,7 +39,7 @@ EXPECTED_MULTI = np.array(
     [
         [2 / 3, 1 / 3, 0, 0, 0, 0, 0, 0],
         [0, 0.5, 0.5, 0, 0, 0, 0, 0],
-        [0, 0, 0, 1, 0, 0, 0, 0],  # sadness alone holds 7 of 9 votes, past the 75% mark
+        [0, 0, 0, 1, 0, 0, 0, 0],  # sadness alone has 7 of 9 votes, past the 75% mark
         [0, 0, 0, 0, 0, 0, 5 / 9, 4 / 9],
     ],
     dtype=np.float32,

@@ -90,8 +90,8 @@ def test_stage_deps_list_imported_modules(stage):
 
 @pytest.mark.parametrize("stage", sorted(DVC_STAGES))
 def test_stage_params_match_settings(stage):
-    # A stage lists its whole own section, so that an unknown key added to it (a typo) reruns the
-    # stage, which then rejects the key; base.seed is listed alone where the stage reads it.
+    # A stage lists its whole own section, so an unknown key added there (a typo) reruns the stage,
+    # which then rejects the key. base.seed is listed alone where the stage reads it.
     settings = stage_settings(stage)
     script = (REPOSITORY / "stages" / f"{stage}.py").read_text()
     expected = {stage} if settings else set()
