@@ -361,11 +361,10 @@ def test_plots_diff_branches_html(experiment, tmp_path):
 # --- invalid params ------------------------------------------------------------------------------
 
 INVALID_PARAMS = {
-    # An unknown key reruns nothing by itself while dvc.yaml lists params key by key, so the case
-    # also changes a key that the train stage reads.
+    # dvc.yaml lists each stage's whole section, so an unknown key alone reruns its stage.
     "unknown key": (
         "train",
-        {"epochs": 2, "epoch": 2},
+        {"epoch": 2},
         "params.yaml: unknown key train.epoch; the keys of train are model, epochs",
     ),
     "wrong type": (
@@ -414,7 +413,7 @@ def test_invalid_params_fail_and_recover(reproduced, case):
     assert project.git("status", "--porcelain") == ""
 
 
-def test_renamed_param_names_missing_key(reproduced):
+def test_renamed_param_rejected_by_stage(reproduced):
     project = reproduced.project.copy(reproduced.root / "renamed-param")
     params = project.read_params()
     params["evaluate"]["mistakes_row"] = params["evaluate"].pop("mistakes_rows")
@@ -423,8 +422,8 @@ def test_renamed_param_names_missing_key(reproduced):
     result = project.repro(check=False)
 
     assert result.returncode != 0
-    assert "'evaluate.mistakes_rows' are missing from 'params.yaml'" in result.stdout
-    assert ran_stages(result.stdout) == []
+    assert "params.yaml: unknown key evaluate.mistakes_row" in result.stdout
+    assert ran_stages(result.stdout) == ["evaluate"]
     assert project.lock() == reproduced.lock
 
 

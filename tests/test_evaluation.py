@@ -385,11 +385,13 @@ def test_evaluate_stage_end_to_end(tmp_path, monkeypatch):
     ]
 
 
-def test_evaluate_stage_empty_test_fails(tmp_path, monkeypatch):
+def test_evaluate_stage_empty_test_fails(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     write_project(tmp_path, make_split([], []), make_split([0], [0]))
-    with pytest.raises(ValueError, match="data/split/test has no images"):
+    with pytest.raises(SystemExit) as exit_info:
         run_evaluate_stage()
+    assert exit_info.value.code == 1
+    assert "data/split/test has no images" in caplog.text
     assert not (tmp_path / "metrics").exists()
 
 
