@@ -7,8 +7,8 @@ Facial Expression Recognition with Crowd-Sourced Label Distribution":
 - majority: keep an image only when its top emotion has more than half of the votes; the label
   is that emotion alone.
 - probability and crossentropy (the same keep/drop rule): take the top-voted entries, ties
-  together, until they hold at least 75% of the votes or 3 entries are taken; keep the image when
-  they hold more than half of the votes and no more than 3 entries were taken.
+  together, until they have at least 75% of the votes or 3 entries are taken. Keep the image when
+  they have more than half of the votes in no more than 3 entries.
 - multi_target: take every entry with at least 30% of the votes; keep the image when they hold
   more than half of the votes.
 
@@ -91,8 +91,8 @@ def process_votes(
     """Turn raw votes into label distributions with a FER+ mode.
 
     votes: (N, 10) integer counts in VOTE_COLUMNS order.
-    Returns (distributions, reasons): distributions is (N, 8) float32 with rows summing to 1 for
-    kept images and all zeros for dropped ones; reasons is (N,) of KEPT or the drop reason.
+    Returns (distributions, reasons). distributions is (N, 8) float32, with rows summing to 1 for
+    kept images and all zeros for dropped ones. reasons is (N,) of KEPT or the drop reason.
     With keep_rejected, an image that the mode rejects (no agreement, or mostly unknown/NF) is
     kept with the plain distribution of its raw emotion votes, if it has any.
     """
@@ -147,7 +147,7 @@ def count_ties(distributions: np.ndarray) -> int:
 def fer_plus_test_mask(votes: np.ndarray) -> np.ndarray:
     """Mark the images of the FER+ paper's test subset.
 
-    True where, after single votes are removed, one emotion holds more than half of all votes
+    True where, after single votes are removed, one emotion has more than half of all votes
     (the majority-mode rule). On PrivateTest with the FER+ folder labels this keeps 3,137 images.
     """
     _, reasons = process_votes(votes, "majority", drop_single_votes=True)
