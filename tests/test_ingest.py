@@ -242,6 +242,7 @@ def pixel_line(values, usage="Training"):
         (pixel_line(["1"] * 5 + ["1000"] + ["1"] * 2298), "line 3: pixel 6 is '1000'"),
         (pixel_line(["1"] * 5 + ["-1"] + ["1"] * 2298), "line 3: pixel 6 is '-1'"),
         (pixel_line(["1"] * 2304, usage="Validation"), "line 3: unknown Usage 'Validation'"),
+        ("0,,Training", "line 3: pixels is empty, expected 2304 values"),
         ("x," + " ".join(["1"] * 2304) + ",Training", "line 3: emotion is 'x'"),
         ("0," + " ".join(["1"] * 2304), "line 3: expected 3 columns, got 2"),
     ],
@@ -301,6 +302,14 @@ def test_kaggle_csv_quoted_pixels_crlf(tmp_path):
 
     np.testing.assert_array_equal(rows.images[0, ..., 0], make_image(4))
     assert rows.usages == ["PrivateTest"]
+
+
+def test_ingest_missing_label_file(tmp_path):
+    write_csv_layout(tmp_path, ROWS)
+    (tmp_path / "fer2013new.csv").unlink()
+
+    with pytest.raises(RawDataError, match="fer2013new.csv: file not found; the Kaggle layout"):
+        ingest(tmp_path)
 
 
 def test_ingest_row_count_mismatch(tmp_path):

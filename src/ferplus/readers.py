@@ -86,6 +86,11 @@ def read_fer2013new(path: str | os.PathLike) -> VoteRows:
     fer2013.csv: the two files pair rows by position.
     """
     path = Path(path)
+    if not path.is_file():
+        raise RawDataError(
+            f"{path}: file not found; the Kaggle layout needs fer2013.csv and fer2013new.csv "
+            "side by side"
+        )
     rows = VoteRows(usages=[], image_names=[], votes=np.zeros((0, 10), np.int64), line_numbers=[])
     vote_lists = []
     with open(path, newline="", encoding="utf-8-sig") as stream:
@@ -163,6 +168,8 @@ class KaggleRows:
 
 def _pixel_problem(field: bytes) -> str | None:
     """Describe what is wrong with one pixels field, or return None when it is valid."""
+    if not field:
+        return f"pixels is empty, expected {PIXELS_PER_IMAGE} values"
     values = field.split(b" ")
     if len(values) != PIXELS_PER_IMAGE:
         return f"pixels has {len(values)} values, expected {PIXELS_PER_IMAGE}"
@@ -273,7 +280,10 @@ def read_kaggle_csv(path: str | os.PathLike) -> KaggleRows:
     """
     path = Path(path)
     if not path.is_file():
-        raise RawDataError(f"{path}: file not found")
+        raise RawDataError(
+            f"{path}: file not found; the Kaggle layout needs fer2013.csv and fer2013new.csv "
+            "side by side"
+        )
     usage_codes = {usage.encode(): usage for usage in USAGES}
     usages: list[str] = []
     line_numbers: list[int] = []
