@@ -1,9 +1,9 @@
 """Time the ingest stage on the real FER+ data, from both raw layouts.
 
 Prints, in one run:
-- full ingest from a Kaggle-format fer2013.csv + fer2013new.csv, against parsing fer2013.csv row
-  by row with the csv module and str.split, the way the FER+ reference script does (goal: at
-  least 6x faster, and about 1.5 s or less on a 2-core machine);
+- full ingest from a Kaggle-format fer2013.csv + fer2013new.csv. It is compared with parsing
+  fer2013.csv row by row with the csv module and str.split, as the FER+ reference script does
+  (goal: at least 6x faster, and about 1.5 s or less on a 2-core machine);
 - full ingest from the FER+ folders (35,710 PNGs; goal: about 2 s or less).
 
 There is no real fer2013.csv here, so the script first writes one in the Kaggle format from the

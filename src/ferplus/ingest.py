@@ -89,13 +89,13 @@ def _duplicate_drops(image_names: list[str], votes: np.ndarray, sources: list[st
             first_row[name] = row
             continue
         is_duplicate[row] = True
-        kept = first_row[name]
+        kept_row = first_row[name]
         duplicates.append(
             {
                 "image_name": name,
-                "kept": sources[kept],
+                "kept": sources[kept_row],
                 "dropped": sources[row],
-                "same_votes": bool(np.array_equal(votes[kept], votes[row])),
+                "same_votes": bool(np.array_equal(votes[kept_row], votes[row])),
             }
         )
     return is_duplicate, duplicates
