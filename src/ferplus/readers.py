@@ -79,6 +79,15 @@ def _read_header(path: Path, reader, expected: tuple[str, ...]) -> dict[str, int
     return positions
 
 
+def _require_kaggle_file(path: Path) -> None:
+    """Raise RawDataError when one of the Kaggle layout's two files is missing."""
+    if not path.is_file():
+        raise RawDataError(
+            f"{path}: file not found; the Kaggle layout needs fer2013.csv and fer2013new.csv "
+            "side by side"
+        )
+
+
 def read_fer2013new(path: str | os.PathLike) -> VoteRows:
     """Read Microsoft's fer2013new.csv: Usage, image name and 10 vote counts per row.
 
@@ -86,11 +95,7 @@ def read_fer2013new(path: str | os.PathLike) -> VoteRows:
     fer2013.csv: the two files pair rows by position.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RawDataError(
-            f"{path}: file not found; the Kaggle layout needs fer2013.csv and fer2013new.csv "
-            "side by side"
-        )
+    _require_kaggle_file(path)
     rows = VoteRows(usages=[], image_names=[], votes=np.zeros((0, 10), np.int64), line_numbers=[])
     vote_lists = []
     with open(path, newline="", encoding="utf-8-sig") as stream:
@@ -251,6 +256,60 @@ def _field_bounds(line: bytes, width: int) -> list[int] | None:
     return bounds
 
 
+_USAGE_CODES = {usage.encode(): usage for usage in USAGES}
+
+
+def _split_kaggle_lines(
+    path: Path, lines: list[bytes], first_line: int, positions: dict[str, int]
+) -> tuple[list[memoryview], list[str], list[int]]:
+    """Split one block of fer2013.csv data lines into pixel fields, usages and line numbers.
+
+    Checks the column count, the emotion and the Usage of each line and skips blank lines.
+    _parse_pixel_fields checks the pixels.
+    """
+    width = max(positions.values()) + 1
+    emotion_column, pixels_column = positions["emotion"], positions["pixels"]
+    usage_column = positions["Usage"]
+    pixel_fields = []
+    usages = []
+    line_numbers = []
+    for offset, line in enumerate(lines):
+        line = line.rstrip(b"\r")
+        if not line:
+            continue
+        line_number = first_line + offset
+        bounds = _field_bounds(line, width)
+        if bounds is None:
+            raise RawDataError(
+                f"{path}, line {line_number}: expected {width} columns, "
+                f"got {line.count(b',') + 1}"
+            )
+        emotion = line[bounds[emotion_column] + 1 : bounds[emotion_column + 1]].strip(b' "')
+        if not emotion.isdigit():
+            raise RawDataError(
+                f"{path}, line {line_number}: emotion is "
+                f"{emotion.decode('utf-8', errors='replace')!r}, expected an integer"
+            )
+        usage_field = line[bounds[usage_column] + 1 : bounds[usage_column + 1]]
+        usage = _USAGE_CODES.get(usage_field.strip(b' "'))
+        if usage is None:
+            raise RawDataError(
+                f"{path}, line {line_number}: unknown Usage "
+                f"{usage_field.decode('utf-8', errors='replace')!r}, "
+                f"expected one of {', '.join(USAGES)}"
+            )
+        start, end = bounds[pixels_column] + 1, bounds[pixels_column + 1]
+        while start < end and line[start] in b' "':
+            start += 1
+        while end > start and line[end - 1] in b' "':
+            end -= 1
+        # A memoryview slice costs no copy of the 8 KB field.
+        pixel_fields.append(memoryview(line)[start:end])
+        usages.append(usage)
+        line_numbers.append(line_number)
+    return pixel_fields, usages, line_numbers
+
+
 def _parse_pixel_fields(
     path: Path, pixel_fields: list[memoryview], line_numbers: list[int]
 ) -> np.ndarray:
@@ -279,12 +338,7 @@ def read_kaggle_csv(path: str | os.PathLike) -> KaggleRows:
     previous block's pixels with NumPy, which releases the GIL, so the two overlap.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RawDataError(
-            f"{path}: file not found; the Kaggle layout needs fer2013.csv and fer2013new.csv "
-            "side by side"
-        )
-    usage_codes = {usage.encode(): usage for usage in USAGES}
+    _require_kaggle_file(path)
     usages: list[str] = []
     line_numbers: list[int] = []
     blocks: list[np.ndarray] = []
@@ -296,48 +350,12 @@ def read_kaggle_csv(path: str | os.PathLike) -> KaggleRows:
                 if positions is None:
                     reader = csv.reader([lines[0].decode("utf-8-sig").strip()])
                     positions = _read_header(path, reader, KAGGLE_COLUMNS)
-                    width = max(positions.values()) + 1
-                    emotion_column, pixels_column = positions["emotion"], positions["pixels"]
-                    usage_column = positions["Usage"]
                     lines = lines[1:]
                     first_line += 1
-                pixel_fields = []
-                block_line_numbers = []
-                for offset, line in enumerate(lines):
-                    line = line.rstrip(b"\r")
-                    if not line:
-                        continue
-                    line_number = first_line + offset
-                    bounds = _field_bounds(line, width)
-                    if bounds is None:
-                        raise RawDataError(
-                            f"{path}, line {line_number}: expected {width} columns, "
-                            f"got {line.count(b',') + 1}"
-                        )
-                    emotion_field = line[bounds[emotion_column] + 1 : bounds[emotion_column + 1]]
-                    emotion = emotion_field.strip(b' "')
-                    if not emotion.isdigit():
-                        raise RawDataError(
-                            f"{path}, line {line_number}: emotion is "
-                            f"{emotion.decode('utf-8', errors='replace')!r}, expected an integer"
-                        )
-                    usage_field = line[bounds[usage_column] + 1 : bounds[usage_column + 1]]
-                    usage = usage_codes.get(usage_field.strip(b' "'))
-                    if usage is None:
-                        raise RawDataError(
-                            f"{path}, line {line_number}: unknown Usage "
-                            f"{usage_field.decode('utf-8', errors='replace')!r}, "
-                            f"expected one of {', '.join(USAGES)}"
-                        )
-                    start, end = bounds[pixels_column] + 1, bounds[pixels_column + 1]
-                    while start < end and line[start] in b' "':
-                        start += 1
-                    while end > start and line[end - 1] in b' "':
-                        end -= 1
-                    # A memoryview slice costs no copy of the 8 KB field.
-                    pixel_fields.append(memoryview(line)[start:end])
-                    usages.append(usage)
-                    block_line_numbers.append(line_number)
+                pixel_fields, block_usages, block_line_numbers = _split_kaggle_lines(
+                    path, lines, first_line, positions
+                )
+                usages.extend(block_usages)
                 line_numbers.extend(block_line_numbers)
                 if pixel_fields:
                     pending.append(
