@@ -13,7 +13,7 @@ Images come from data/split/train when it exists, otherwise random pixels of the
 --steps steps after a warm-up, with the two feeds of the overhead figure alternated, so that
 load from other processes hits both alike.
 
-Usage: python benchmarks/train_speed.py [--steps 30] [--large-steps 8] [--repeats 2]
+Usage: python benchmarks/train_speed.py [--steps 30] [--large-steps 16] [--repeats 3]
                                        [--models compact_cnn vgg13 ...]
 """
 
@@ -75,9 +75,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run, small models")
     parser.add_argument(
-        "--large-steps", type=int, default=8, help="timed steps per run for the VGG models"
+        "--large-steps", type=int, default=16, help="timed steps per run for the VGG models"
     )
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs; the best counts")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best counts")
     parser.add_argument(
         "--models", nargs="+", default=list(MODEL_NAMES), choices=MODEL_NAMES,
         help="models to time (default: all)",
